@@ -1312,14 +1312,37 @@ static gs_err member_change_open(struct env *e, const char *certfile, X509 **cer
     return err;
 }
 
-/* --issue-cert's files after the change (err): removed when it was not
- * made, else left to the undo should its record fail. */
-static void member_change_files(struct member_change *mc, gs_err err, bool wrote, const char *keypath,
-                                const char *certpath)
+/* --issue-cert's files after the change (*err): removed when it was not
+ * made, else left to the undo should its record fail. A change whose
+ * commit's outcome is not known (gs_store_commit_unknown: the COMMIT
+ * sent, its answer lost, the database gone for the lookup) may be in the
+ * database once it is back (PostgreSQL's crash recovery keeps a commit
+ * that reached its WAL): the record would then name a certificate whose
+ * key was deleted, the member's old one refused, so the files stay and
+ * *err says how to tell (cert: the one issued, for its fingerprint). */
+static void member_change_files(struct member_change *mc, gs_err *err, bool wrote, const char *group,
+                                const char *email, X509 *cert, const char *keypath, const char *certpath)
 {
     if (!wrote)
         return;
-    if (err) {
+    if (*err && gs_store_commit_unknown(mc->st)) {
+        char detail[512], fp[65];
+        (void)util_strlcpy(detail, gs_err_detail(), sizeof(detail));
+        gs_cert_fingerprint(cert, fp);
+        log_warn(
+            "member certificate files kept: whether the commit recording the certificate was made is not "
+            "known group=%s member=%s key=\"%s\" certificate=\"%s\" fingerprint=%s",
+            group, email, log_qs(keypath), log_qs(certpath), fp);
+        *err =
+            gs_err_set(*err,
+                       "%s and %s kept: whether the change was made is not known (its COMMIT was sent, the "
+                       "answer lost, the database not there to ask); once the database answers, `groupsrv "
+                       "member list %s` tells: %s with certificate %s, hand both files over, else delete "
+                       "them (%s)",
+                       certpath, keypath, group, email, fp, detail);
+        return;
+    }
+    if (*err) {
         (void)unlink(keypath);
         (void)unlink(certpath);
     }
@@ -1391,8 +1414,8 @@ static int member_set_record(struct env *e, const char *group, const char *email
         member_change_made(&mc);
     if (!err && cert != NULL)
         gs_cert_fingerprint(cert, fp);
+    member_change_files(&mc, &err, wrote, group, email, cert, keypath, certpath);
     X509_free(cert);
-    member_change_files(&mc, err, wrote, keypath, certpath);
     json_t *detail = json_pack("{s:s,s:s}", "member", email, "role", gs_role_name(r));
     if (detail != NULL && wrap != NULL)
         (void)json_object_set_new(detail, "wrap", json_string(gs_wrap_name(w)));
@@ -1588,8 +1611,8 @@ static int cmd_member(struct env *e, int argc, char **argv)
             err = gs_member_add_wrap(e->st, a.pos[1], a.pos[2], role, cert, wrap);
         if (!err)
             member_change_made(&mc);
+        member_change_files(&mc, &err, wrote, a.pos[1], a.pos[2], cert, keypath, certpath);
         X509_free(cert);
-        member_change_files(&mc, err, wrote, keypath, certpath);
         rc = cli_record_done_or_undo(&rec, "member-add", a.pos[1], -1, err,
                                      json_pack("{s:s,s:s}", "member", a.pos[2], "role", gs_role_name(role)),
                                      member_undo, &mc);

@@ -156,6 +156,24 @@ grep -q 'whether the removal of .*bob@example.org.* from eng was made is not kno
   fail "member remove with its COMMIT lost (the removal made) says the member stays: $(cat "$work/remove.out")"
 ok "member remove with its COMMIT's answer lost: removed, its new secret key kept, not said to stay a member"
 
+# ---- member set --issue-cert (a renewal): its COMMIT's answer lost ----------------
+# Crash recovery keeps it, so alice's record names the new certificate
+# and her old one is refused: the files must stay, and the error say how
+# to tell. Before, they were deleted as for a change not made: alice
+# locked out, no one with the key of the certificate on record.
+mkdir "$work/renew"
+local_audit groupsrv on
+lost_commit groupsrv "$work/renew.out" gs member set eng alice@example.org --issue-cert --out "$work/renew"
+local_audit groupsrv off
+[ -f "$work/renew/alice@example.org.key" ] && [ -f "$work/renew/alice@example.org.pem" ] ||
+  fail "member set --issue-cert with its COMMIT lost deleted the files: $(ls "$work/renew"); $(cat "$work/renew.out")"
+fp=$(openssl x509 -in "$work/renew/alice@example.org.pem" -outform DER | sha256sum | cut -c1-64)
+gs member list eng | grep -q "^alice@example.org .*$fp" ||
+  fail "the lost COMMIT was not kept by crash recovery (the case tests nothing): $(cat "$work/renew.out")"
+grep -q "alice@example.org.key kept: whether the change was made is not known.*$fp" "$work/renew.out" ||
+  fail "member set with its COMMIT lost does not say the files are kept and how to tell: $(cat "$work/renew.out")"
+ok "member set --issue-cert with its COMMIT's answer lost: renewed, its files kept, the outcome said to be unknown"
+
 # ---- TLS to PostgreSQL: sslmode=verify-full, the CA file missing -------------------
 # The private PostgreSQL listens on loopback TCP too, with TLS (a
 # certificate for 127.0.0.1 made here): docs/scale-out.md's
