@@ -35,7 +35,7 @@ expect_rc 0 "$G" -c "$CONF" ca init --key rsa:2048 --subject "Test CA"
 expect_rc 3 "$G" -c "$CONF" ca init --key rsa:2048
 expect_err "already initialised"
 "$G" -c "$CONF" ca show > "$T/ca.pem"
-openssl x509 -in "$T/ca.pem" -noout -subject | grep -q "Test CA" || fail "CA subject"
+openssl x509 -in "$T/ca.pem" -noout -subject | grep >/dev/null "Test CA" || fail "CA subject"
 [ "$(stat -c %a "$T/db/groupsrv.db")" = 600 ] || fail "database not 0600"
 
 # --- group create, with GROUPSRV_CONF instead of -c
@@ -58,13 +58,13 @@ cmp -s "$T/tokpub.pem" "$T/certpub.pem" || fail "certificate key differs from th
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
 awk '/label: *gs:group:eng:v1/{f=1} f&&/Access:/{print; exit}' "$T/objs" > "$T/access"
 grep -q "sensitive, always sensitive, never extractable" "$T/access" || { cat "$T/objs"; fail "group key access flags"; }
-awk '/label: *gs:group:eng:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "decrypt, unwrap$" || fail "group key usage"
+awk '/label: *gs:group:eng:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep >/dev/null "decrypt, unwrap$" || fail "group key usage"
 awk '/label: *gs:group:eng:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" |
-  grep -q ": *RSA-PKCS,RSA-PKCS-OAEP$" || fail "group key mechanisms (default: v1.5 and OAEP)"
+  grep >/dev/null ": *RSA-PKCS,RSA-PKCS-OAEP$" || fail "group key mechanisms (default: v1.5 and OAEP)"
 p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:eng" "$T/objs" || fail "a default group has no rejection key"
-"$G" -c "$CONF" group show eng | grep -q "^pkcs1v15: *accepted" || fail "group show: v1.5 not shown as accepted"
-"$G" -c "$CONF" group show eng | grep -q "^member wrap: *pkcs1v15$" || fail "group show: member wrap"
+"$G" -c "$CONF" group show eng | grep >/dev/null "^pkcs1v15: *accepted" || fail "group show: v1.5 not shown as accepted"
+"$G" -c "$CONF" group show eng | grep >/dev/null "^member wrap: *pkcs1v15$" || fail "group show: member wrap"
 # --oaep-only keeps the strict policy: OAEP only, no rejection key
 expect_rc 2 "$G" -c "$CONF" group create both --address both@example.org --allow-pkcs1v15 --oaep-only
 expect_err "contradict"
@@ -73,26 +73,26 @@ expect_rc 0 "$G" -c "$CONF" group create strict --address strict@example.org --k
   --wrap oaep
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
 awk '/label: *gs:group:strict:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" |
-  grep -q ": *RSA-PKCS-OAEP$" || fail "--oaep-only group key mechanisms"
+  grep >/dev/null ": *RSA-PKCS-OAEP$" || fail "--oaep-only group key mechanisms"
 p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:strict" "$T/objs" && fail "an --oaep-only group has a rejection key"
-"$G" -c "$CONF" group show strict | grep -q "^pkcs1v15: *refused" || fail "group show: --oaep-only"
-"$G" -c "$CONF" group show strict | grep -q "^member wrap: *oaep$" || fail "group show: --wrap oaep"
+"$G" -c "$CONF" group show strict | grep >/dev/null "^pkcs1v15: *refused" || fail "group show: --oaep-only"
+"$G" -c "$CONF" group show strict | grep >/dev/null "^member wrap: *oaep$" || fail "group show: --wrap oaep"
 expect_rc 0 "$G" -c "$CONF" group set strict --wrap pkcs1v15
-"$G" -c "$CONF" group show strict | grep -q "^member wrap: *pkcs1v15$" || fail "group set --wrap"
+"$G" -c "$CONF" group show strict | grep >/dev/null "^member wrap: *pkcs1v15$" || fail "group set --wrap"
 expect_rc 2 "$G" -c "$CONF" group set strict --wrap sometimes
 expect_rc 3 "$G" -c "$CONF" group set nosuch --wrap oaep
 # method set without tls, v1.5 accepted: CKA_DECRYPT all the same (implicit
 # rejection decrypts), RSA-PKCS too, a rejection key
 expect_rc 0 "$G" -c "$CONF" group create v15 --address v15@example.org --key rsa:2048 --methods recipient-key --allow-pkcs1v15
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
-awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "decrypt, unwrap$" || fail "v15 key usage"
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep >/dev/null "decrypt, unwrap$" || fail "v15 key usage"
 # --oaep-only and no tls: the only kind without CKA_DECRYPT
 expect_rc 0 "$G" -c "$CONF" group create nodec --address nodec@example.org --key rsa:2048 --methods recipient-key --oaep-only
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
-awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "unwrap$" || fail "nodec key usage"
-awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q decrypt && fail "nodec key has decrypt"
-awk '/label: *gs:group:v15:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep -q "RSA-PKCS,RSA-PKCS-OAEP$" || fail "v15 mechanisms"
+awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep >/dev/null "unwrap$" || fail "nodec key usage"
+awk '/label: *gs:group:nodec:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep >/dev/null decrypt && fail "nodec key has decrypt"
+awk '/label: *gs:group:v15:v1/{f=1} f&&/Allowed mechanisms:/{print; exit}' "$T/objs" | grep >/dev/null "RSA-PKCS,RSA-PKCS-OAEP$" || fail "v15 mechanisms"
 p11 --list-objects > "$T/objs" 2>/dev/null
 grep -q "gs:reject:v15" "$T/objs" || fail "no rejection key"
 grep -q "gs:secret:v15" "$T/objs" && fail "secret key for a group without group-secret"
@@ -108,10 +108,10 @@ expect_err "an EC group key can only be unwrapped with deliver=tls"
 sed "s|^module = .*|module = $GS_P11FAULT_MODULE|" "$CONF" > "$T/fault.conf"
 expect_rc 0 env GS_P11FAULT_PROFILE=ecdh-kdf "$G" -c "$T/fault.conf" group create ecg --address ecg@example.org \
   --key ec:p256
-"$G" -c "$CONF" group show ecg | grep -q '^methods: *tls$' || fail "EC group default methods"
-"$G" -c "$CONF" group show ecg --cert | openssl x509 -noout -text | grep -q "Key Agreement" || fail "EC group keyUsage"
+"$G" -c "$CONF" group show ecg | grep >/dev/null '^methods: *tls$' || fail "EC group default methods"
+"$G" -c "$CONF" group show ecg --cert | openssl x509 -noout -text | grep >/dev/null "Key Agreement" || fail "EC group keyUsage"
 p11 --list-objects --type privkey > "$T/objs" 2>/dev/null
-awk '/label: *gs:group:ecg:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep -q "derive$" || fail "EC key usage"
+awk '/label: *gs:group:ecg:v1/{f=1} f&&/Usage:/{print; exit}' "$T/objs" | grep >/dev/null "derive$" || fail "EC key usage"
 p11 --list-objects > "$T/objs" 2>/dev/null
 
 # --- bad group input changes nothing
@@ -141,7 +141,7 @@ mkdir "$T/m"
 expect_rc 0 "$G" -c "$CONF" member add eng alice@example.org --issue-cert --out "$T/m"
 [ "$(stat -c %a "$T/m/alice@example.org.key")" = 600 ] || fail "member key not 0600"
 openssl verify -CAfile "$T/ca.pem" -purpose sslclient "$T/m/alice@example.org.pem" > /dev/null || fail "member cert"
-openssl x509 -in "$T/m/alice@example.org.pem" -noout -text | grep -q "TLS Web Client Authentication" || fail "member EKU"
+openssl x509 -in "$T/m/alice@example.org.pem" -noout -text | grep >/dev/null "TLS Web Client Authentication" || fail "member EKU"
 [ "$(openssl x509 -in "$T/m/alice@example.org.pem" -noout -pubkey)" = \
   "$(openssl pkey -in "$T/m/alice@example.org.key" -pubout)" ] || fail "member key/cert mismatch"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/bob.key" -out "$T/bob.pem" -days 2 \
@@ -186,9 +186,9 @@ grep -q "^alice@example.org  *member  *default " "$T/members" && grep -q "^bob@e
   grep -q "^list@example.org  *exploder" "$T/members" && grep -q "^dora@example.org  *member  *oaep " "$T/members" ||
   { cat "$T/members"; fail "member list"; }
 expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --wrap oaep
-"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *oaep " || fail "member set --wrap oaep"
+"$G" -c "$CONF" member list eng | grep >/dev/null "^alice@example.org  *member  *oaep " || fail "member set --wrap oaep"
 expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --wrap default
-"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *default " || fail "member set --wrap default"
+"$G" -c "$CONF" member list eng | grep >/dev/null "^alice@example.org  *member  *default " || fail "member set --wrap default"
 expect_rc 3 "$G" -c "$CONF" member set eng nobody@example.org --wrap oaep
 expect_rc 2 "$G" -c "$CONF" member set eng alice@example.org
 
@@ -226,7 +226,7 @@ expect_err "cannot write $ro/alice@example.org.key"
 [ "$(db_sum)" = "$before" ] || fail "a refused member set changed the database"
 [ "$(fpr alice@example.org)" = "$old" ] || fail "a refused member set changed the certificate"
 grep '"action":"member-add"' "$T/audit.jsonl" | grep '"member":"alice@example.org"' |
-  grep -q '"outcome":"certificate is for bob@example.org, not alice@example.org"' || fail "the refused cert is not recorded"
+  grep >/dev/null '"outcome":"certificate is for bob@example.org, not alice@example.org"' || fail "the refused cert is not recorded"
 # the renewal: new files as member add --issue-cert makes them, role and wrap kept
 mkdir "$T/m2"
 expect_rc 0 "$G" -c "$CONF" member set eng ALICE@example.org --issue-cert --out "$T/m2"
@@ -235,31 +235,31 @@ grep -q "wrote $T/m2/ALICE@example.org.pem and $T/m2/ALICE@example.org.key" "$T/
 openssl verify -CAfile "$T/ca.pem" -purpose sslclient "$T/m2/ALICE@example.org.pem" > /dev/null || fail "renewed cert does not verify"
 new=$(openssl x509 -in "$T/m2/ALICE@example.org.pem" -outform DER | sha256sum | cut -c1-64)
 [ "$(fpr alice@example.org)" = "$new" ] && [ "$new" != "$old" ] || fail "member set --issue-cert: $(fpr alice@example.org), wanted $new"
-"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *oaep " || fail "renewal lost role or wrap"
+"$G" -c "$CONF" member list eng | grep >/dev/null "^alice@example.org  *member  *oaep " || fail "renewal lost role or wrap"
 [ "$(secrets)" = "$sec" ] || fail "a renewal made a secret key version: $(secrets)"
 audit_last member-add alice@example.org | grep '"outcome":"ok"' | grep '"role":"member"' |
-  grep -q "\"certificate_sha256\":\"$new\"" || fail "renewal record: $(audit_last member-add alice@example.org)"
+  grep >/dev/null "\"certificate_sha256\":\"$new\"" || fail "renewal record: $(audit_last member-add alice@example.org)"
 expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --cert "$T/m/alice@example.org.pem"
 [ "$(fpr alice@example.org)" = "$old" ] || fail "member set --cert"
 # the role; the last admin is not demoted (409 last_admin over REST)
 expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --role admin
-"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *admin  *oaep  *$old" || fail "member set --role admin"
+"$G" -c "$CONF" member list eng | grep >/dev/null "^alice@example.org  *admin  *oaep  *$old" || fail "member set --role admin"
 before=$(db_sum)
 expect_rc 1 "$G" -c "$CONF" member set eng alice@example.org --role member
 expect_err "alice@example.org is the last admin of group eng: make another member admin first; the change was not made"
 [ "$(db_sum)" = "$before" ] || fail "the last admin was demoted"
-audit_last member-add alice@example.org | grep -q '"outcome":"last_admin"' || fail "no last_admin record"
+audit_last member-add alice@example.org | grep >/dev/null '"outcome":"last_admin"' || fail "no last_admin record"
 expect_rc 0 "$G" -c "$CONF" member set eng dora@example.org --role admin --wrap default
-"$G" -c "$CONF" member list eng | grep -q "^dora@example.org  *admin  *default " || fail "member set --role --wrap"
+"$G" -c "$CONF" member list eng | grep >/dev/null "^dora@example.org  *admin  *default " || fail "member set --role --wrap"
 expect_rc 0 "$G" -c "$CONF" member set eng alice@example.org --role member --wrap default
-"$G" -c "$CONF" member list eng | grep -q "^alice@example.org  *member  *default  *$old" || fail "demotion"
+"$G" -c "$CONF" member list eng | grep >/dev/null "^alice@example.org  *member  *default  *$old" || fail "demotion"
 [ "$(secrets)" = "$sec" ] || fail "a role change made a secret key version"
 
 # --- removing a member rotates the secret key
 expect_rc 0 "$G" -c "$CONF" member remove eng bob@example.org
 grep -q "new secret key version 2" "$T/out" || fail "no secret rotation on remove"
-"$G" -c "$CONF" member list eng | grep -q bob && fail "bob still listed"
-"$G" -c "$CONF" group show eng | grep -q "v2 *current *gs:secret:eng:v2" || fail "secret v2 not current"
+"$G" -c "$CONF" member list eng | grep >/dev/null bob && fail "bob still listed"
+"$G" -c "$CONF" group show eng | grep >/dev/null "v2 *current *gs:secret:eng:v2" || fail "secret v2 not current"
 expect_rc 0 "$G" -c "$CONF" secret rotate eng
 grep -q "version 3" "$T/out" || fail "secret rotate"
 p11 --list-objects --type secrkey > "$T/sk" 2>/dev/null
@@ -281,7 +281,7 @@ openssl x509 -req -in <(openssl req -new -key "$T/org.key" -subj "/CN=eng") -for
   -CA "$T/org.pem" -CAkey "$T/org.key" -days 2 -extfile "$T/ext" -out "$T/eng-org.pem" 2>/dev/null
 expect_rc 1 "$G" -c "$CONF" group import-cert eng --cert "$T/bob.pem"
 expect_rc 0 "$G" -c "$CONF" group import-cert eng --cert "$T/eng-org.pem"
-"$G" -c "$CONF" group show eng --cert | openssl x509 -noout -issuer | grep -q "Org CA" || fail "import-cert"
+"$G" -c "$CONF" group show eng --cert | openssl x509 -noout -issuer | grep >/dev/null "Org CA" || fail "import-cert"
 
 # --- check: all good, then a key that allows more than its policy
 expect_rc 0 "$G" -c "$CONF" check
