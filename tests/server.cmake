@@ -67,9 +67,13 @@ set_tests_properties(server_findings PROPERTIES LABELS "integration" TIMEOUT 300
 # Short unwraps run on the key holder's I/O loop; one that must search the
 # token again is given back to a worker (zero-cost token, tests/p11fault),
 # its rate-limit token charged once (rate_limit = 1, rate_burst = 1).
+# Release only: the I/O loop runs an unwrap itself only when the token
+# queue measured unwraps under TQ_INLINE_US (100 us); under ASan/UBSan on
+# the CI machine kind (AMX CPUs, 2 cores) none are, so the give-back this
+# test is about is never reached there and the test cannot tell anything.
 add_test(NAME server_inline
   COMMAND bash ${GS_TEST_DIR}/integration/server-inline.sh ${GS_TEST_BIN} ${PROJECT_SOURCE_DIR} $<TARGET_FILE:p11fault>)
-set_tests_properties(server_inline PROPERTIES LABELS "integration" TIMEOUT 300
+set_tests_properties(server_inline PROPERTIES LABELS "integration;release-only" TIMEOUT 300
   ENVIRONMENT "GS_TEST_WORK=${GS_TEST_WORK};SOFTHSM2_MODULE=${SOFTHSM2_MODULE}")
 
 # No PIN, content key, group secret key or private key in any log or the
